@@ -26,6 +26,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +42,7 @@ CSV_COLUMNS = ("volume_file", "liver_file", "liver_visible", "tumors_file", "tum
 CACHE_MODES = ("memory", "disk", "none")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DISK_CACHE_VERSION = 1
+DECODE_THREADS = min(4, os.cpu_count() or 1)  # per process: a batch's first decode uses the cores
 FIX_DATA = ("Regenerate the set with `vitlab data synth OUT_DIR` or `vitlab data prepare-lits`, "
             "or repair the file.")
 
@@ -117,6 +120,11 @@ def decode_slice(path: Path, size: tuple[int, int]) -> np.ndarray:
         raise
     except (OSError, SyntaxError, ValueError) as error:
         raise DataError(f"{path} does not decode as a PNG ({error}). The file is damaged: {FIX_DATA}") from error
+
+
+def to_float(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 [..., H, W] -> float32 [..., 1, H, W] in [0, 1]."""
+    return torch.from_numpy(np.divide(pixels, np.float32(255.0), dtype=np.float32)).unsqueeze(-3)
 
 
 class SharedMemoryCache:
@@ -204,6 +212,7 @@ class LiTSDataset(Dataset):
         self.split = split
         self.transform = transform
         self.decode_count = 0  # slices decoded by this process (a DataLoader worker counts its own)
+        self._decode_lock = threading.Lock()
         split_dir = self.root / split
         if not self.root.is_dir():
             raise DataError(f"Dataset root {self.root} does not exist. Write one with `vitlab data synth "
@@ -265,15 +274,45 @@ class LiTSDataset(Dataset):
         if cache is not None and cache.filled_np[index]:
             pixels = cache.pixels_np[index]
         else:
-            pixels = decode_slice(self.image_paths[index], self.image_size)
-            self.decode_count += 1
-            if cache is not None:
-                cache.pixels_np[index] = pixels
-                cache.filled_np[index] = 1  # after the pixels: a reader never sees a half-written slice
-        image = torch.from_numpy(np.divide(pixels, np.float32(255.0), dtype=np.float32)).unsqueeze(0)  # [1, H, W]
+            pixels = self._decode(index)
+        return self._item(to_float(pixels), index)
+
+    def __getitems__(self, indices: list[int]) -> list:
+        """A whole batch, which is how a DataLoader asks: the slices not cached yet are decoded on
+        DECODE_THREADS threads (Pillow lets go of the GIL while it inflates a PNG), then the batch
+        leaves the cache in one gather and one conversion to float."""
+        cache = self._cache
+        if cache is None:
+            return [self[index] for index in indices]
+        missing = [index for index in indices if not cache.filled_np[index]]
+        if missing:
+            with ThreadPoolExecutor(min(DECODE_THREADS, len(missing))) as pool:
+                list(pool.map(self._decode, missing))
+        images = to_float(cache.pixels_np[indices])  # [B, 1, H, W]
+        return [self._item(image, index) for image, index in zip(images, indices)]
+
+    def _item(self, image: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.transform is not None:
             image = self.transform(image)
         return image, torch.tensor(self.targets[index])
+
+    def _decode(self, index: int) -> np.ndarray:
+        pixels = decode_slice(self.image_paths[index], self.image_size)
+        with self._decode_lock:
+            self.decode_count += 1
+        if self._cache is not None:
+            self._cache.pixels_np[index] = pixels
+            self._cache.filled_np[index] = 1  # after the pixels: a reader never sees a half-written slice
+        return pixels
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        del state["_decode_lock"]  # locks do not pickle (spawned DataLoader workers)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._decode_lock = threading.Lock()
 
     def cached(self) -> np.ndarray:
         """bool [n]: which slices are in the cache (filled by this process or any worker)."""
