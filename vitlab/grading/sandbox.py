@@ -26,6 +26,7 @@ from typing import Any, Iterable
 
 BLOCKED_IMPORTS = frozenset({"solutions", "autograde"})
 WORKDIR_PREFIX = "vitlab-grade-"        # every child's work folder; no child reads another's
+HIDDEN_FOLDER = "solutions"  # the reference answer, wherever a vitlab checkout keeps it
 MAX_FILE_BYTES = 256 * 2**20
 
 
@@ -181,8 +182,9 @@ class PathRules:
         parts = real.split(os.sep)
         if len(parts) > 2 and parts[1] == "proc" and parts[2].isdigit() and parts[2] != self.pid:
             return False
-        if not _under(real, self.workdir) and any(p.startswith(WORKDIR_PREFIX) for p in parts):
-            return False
+        if not _under(real, self.workdir) and any(
+                p.startswith(WORKDIR_PREFIX) or p == HIDDEN_FOLDER for p in parts):
+            return False  # another child's work, or a reference answer in any checkout here
         for root, allowed in self.roots:
             if _under(real, root):
                 return allowed
