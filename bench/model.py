@@ -336,8 +336,8 @@ def notes(training: dict) -> list[str]:
     if compiled in training:
         eager, entry = training["reference default path"], training[compiled]
         gain = 1 / eager["median_per_s"] - 1 / entry["median_per_s"]  # seconds saved per image
-        verdict = (f"it would pay off after {entry['warmup_overhead_s'] / (gain * BATCH):.0f} steps" if gain > 0
-                   else "it never pays off")
+        verdict = (f"it is won back after {entry['warmup_overhead_s'] / (gain * BATCH):.0f} steps of batch "
+                   f"{BATCH}, not counting the second compile for evaluation" if gain > 0 else "it is never won back")
         out.append(f"torch.compile (a cold compile, the first step): {entry['warmup_overhead_s']:.0f} s, then "
                    f"{r[compiled] / r['reference default path']:.2f}x the eager default path per step: "
                    f"{verdict}; the trainer compiles on CUDA only.")

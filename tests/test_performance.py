@@ -207,6 +207,19 @@ def test_gpu_plan_switches_compile_bf16_fused_are_correct_on_cpu(fp32_run):
     assert list(model.state_dict()) == keys          # compiled in place: checkpoints unchanged
 
 
+def test_the_trainer_follows_the_default_plan_and_records_it(tmp_path):
+    from vitlab.phantom import generate_phantom_dataset
+    from vitlab.train import TrainConfig, TrainError, train
+
+    generate_phantom_dataset(tmp_path / "data", volumes=4, size=32, slices=6, workers=1)
+    summary = train(TrainConfig(data_dir=str(tmp_path / "data"), out=str(tmp_path / "run"), model="tiny",
+                                epochs=1, batch_size=8, augment="none"))
+    assert summary["speed"] == SpeedPlan.for_device("cpu").to_dict()
+    assert summary["config"]["precision"] == "auto"
+    with pytest.raises(TrainError, match="Unknown precision 'fp16'"):
+        TrainConfig(precision="fp16")
+
+
 def test_flop_count_matches_torch_flop_counter_on_the_textbook_model():
     from torch.utils.flop_counter import FlopCounterMode
     model = TextbookViT(**SMALL)

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from vitlab.phantom import cache_root
 
@@ -279,15 +279,19 @@ class LiTSDataset(Dataset):
 
     def __getitems__(self, indices: list[int]) -> list:
         """A whole batch, which is how a DataLoader asks: the slices not cached yet are decoded on
-        DECODE_THREADS threads (Pillow lets go of the GIL while it inflates a PNG), then the batch
-        leaves the cache in one gather and one conversion to float."""
+        DECODE_THREADS threads in the main process (Pillow lets go of the GIL while it inflates a
+        PNG), then the batch leaves the cache in one gather and one conversion to float."""
         cache = self._cache
         if cache is None:
             return [self[index] for index in indices]
         missing = [index for index in indices if not cache.filled_np[index]]
-        if missing:
-            with ThreadPoolExecutor(min(DECODE_THREADS, len(missing))) as pool:
+        threads = 1 if get_worker_info() is not None else min(DECODE_THREADS, len(missing))
+        if threads > 1:
+            with ThreadPoolExecutor(threads) as pool:
                 list(pool.map(self._decode, missing))
+        else:  # in a DataLoader worker: the workers already share the cores
+            for index in missing:
+                self._decode(index)
         images = to_float(cache.pixels_np[indices])  # [B, 1, H, W]
         return [self._item(image, index) for image, index in zip(images, indices)]
 

@@ -18,7 +18,9 @@ The trainer asks for a plan once and follows it:
   kernel (see `autocast`).
 - torch.compile on CUDA, where fusing the element-wise kernels saves launches and memory
   traffic (the GPU part of `make bench` measures it when a GPU is there). On a 2-core CPU a
-  cold compile took 1.5-2 minutes and the compiled step was no faster than the eager one.
+  cold compile of the course model took 40 s to 2 minutes (more on a busy machine, and again
+  for evaluation) for a step 0-15% faster: a short run does not win it back, so it is off
+  there unless asked for (`--compile`).
 - fused AdamW/SGD (one kernel for the whole update) wherever PyTorch has it: CUDA and CPU.
 - channels-last is left alone: the only 4-D tensors are the 1-channel input and the patch
   convolution, where both layouts are the same bytes.

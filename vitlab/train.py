@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from vitlab.distributed import (World, ShardedEvalSampler, all_reduce_sum, barrier, broadcast_object,
                                 close_world, gather_objects, init_world)
+from vitlab.performance import PRECISIONS, SpeedPlan
 
 # Model sizes. The image size comes from the data; the patch size must divide it.
 MODEL_PRESETS = {
@@ -75,6 +76,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     workers: int = 0                 # DataLoader worker processes
+    precision: str = "auto"          # auto | fp32 | bf16 (auto: bf16 where the hardware has it natively)
+    compile: bool | None = None      # torch.compile the model; None: where it pays off (CUDA)
     resume: bool = False             # continue the run in `out` from its checkpoint
 
     def __post_init__(self):
@@ -86,6 +89,8 @@ class TrainConfig:
             raise TrainError(f"Unknown augmentation {self.augment!r}: choose none or light.")
         if self.device not in DEVICES:
             raise TrainError(f"Unknown device {self.device!r}: choose one of {', '.join(DEVICES)}.")
+        if self.precision not in PRECISIONS:
+            raise TrainError(f"Unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}.")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise TrainError(f"{name}={getattr(self, name)}: it must be at least 1.")
@@ -249,11 +254,10 @@ def build_model(config: TrainConfig, image_size: tuple[int, int], num_classes: i
     return vision_transformer(img_size=height, in_channels=1, num_classes=num_classes, **preset)
 
 
-def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9,
-                               weight_decay=config.weight_decay)
-    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+def build_optimizer(model: torch.nn.Module, config: TrainConfig, speed: SpeedPlan) -> torch.optim.Optimizer:
+    """AdamW, or SGD with momentum 0.9 (the ViT paper's), fused where the device has it."""
+    return speed.make_optimizer(model.parameters(), config.optimizer, lr=config.lr,
+                                weight_decay=config.weight_decay, momentum=0.9)
 
 
 def warmup_cosine(optimizer, total_steps: int, warmup_fraction: float):
@@ -281,8 +285,8 @@ def parameter_digest(model: torch.nn.Module) -> str:
 # One epoch, one evaluation
 # ---------------------------------------------------------------------------------------------
 
-def train_one_epoch(model, loader, optimizer, scheduler, config: TrainConfig, world: World, epoch: int,
-                    step: int, log: CsvLog, on_step=None) -> tuple[int, float, int, float]:
+def train_one_epoch(model, loader, optimizer, scheduler, config: TrainConfig, world: World, speed: SpeedPlan,
+                    epoch: int, step: int, log: CsvLog, on_step=None) -> tuple[int, float, int, float]:
     """Train over the loader once; return (global step, mean loss, images seen by all ranks, seconds)."""
     model.train()
     device = world.device
@@ -293,7 +297,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, config: TrainConfig, wo
     for images, targets in bar:
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
-        loss = F.cross_entropy(model(images), targets)
+        with speed.autocast():
+            loss = F.cross_entropy(model(images), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # DDP averages the gradients over the ranks here
         if config.grad_clip:
@@ -329,7 +334,7 @@ class Evaluation:
 
 
 @torch.no_grad()
-def evaluate(model, loader, world: World, num_classes: int) -> Evaluation:
+def evaluate(model, loader, world: World, speed: SpeedPlan, num_classes: int) -> Evaluation:
     """Loss, accuracy and confusion matrix over the whole split, each sample counted once over all ranks."""
     model.eval()
     # one tensor, one all-reduce: [loss sum, confusion matrix counts ...]
@@ -337,7 +342,8 @@ def evaluate(model, loader, world: World, num_classes: int) -> Evaluation:
     for images, targets in loader:
         images = images.to(world.device, non_blocking=True)
         targets = targets.to(world.device, non_blocking=True)
-        logits = model(images)
+        with speed.autocast():
+            logits = model(images).float()
         totals[0] += F.cross_entropy(logits, targets, reduction="sum").double()
         pairs = targets * num_classes + logits.argmax(dim=1)
         totals[1:] += torch.bincount(pairs, minlength=num_classes * num_classes).double()
@@ -388,7 +394,8 @@ def _train(config: TrainConfig, world: World, on_step) -> dict:
     num_classes = len(CLASS_NAMES)
 
     torch.manual_seed(config.seed)  # the same initial model on every rank (DDP also broadcasts rank 0's)
-    model = build_model(config, train_set.image_size, num_classes).to(world.device)
+    speed = SpeedPlan.for_device(world.device, config.precision, config.compile)
+    model = speed.prepare_model(build_model(config, train_set.image_size, num_classes))
     raw_model = model
     if world.is_distributed:
         model = DistributedDataParallel(model, device_ids=[world.device.index] if world.device.type == "cuda" else None)
@@ -406,7 +413,7 @@ def _train(config: TrainConfig, world: World, on_step) -> dict:
                                           sampler=ShardedEvalSampler(len(split), world), **loader_options)
                                for split in (val_set, test_set))
 
-    optimizer = build_optimizer(model, config)
+    optimizer = build_optimizer(model, config, speed)
     scheduler = warmup_cosine(optimizer, config.epochs * len(train_loader), config.warmup_fraction)
     progress = dict(epoch=0, step=0, best_val_accuracy=None, best_val_epoch=None,
                     elapsed_s=0.0, trained_images=0, train_seconds=0.0)
@@ -424,15 +431,15 @@ def _train(config: TrainConfig, world: World, on_step) -> dict:
     train_log = CsvLog(run_dir / "train_log.csv", TRAIN_LOG_COLUMNS, world.is_main, keep)
     val_log = CsvLog(run_dir / "val_log.csv", VAL_LOG_COLUMNS, world.is_main, keep)
 
-    say(describe_run(config, world, data_dir, splits, raw_model, run_dir))
+    say(describe_run(config, world, data_dir, splits, raw_model, run_dir, speed))
     val = None
     try:
         for epoch in range(progress["epoch"] + 1, config.epochs + 1):
             train_sampler.set_epoch(epoch)
             step, train_loss, images, seconds = train_one_epoch(
-                model, train_loader, optimizer, scheduler, config, world, epoch, progress["step"],
+                model, train_loader, optimizer, scheduler, config, world, speed, epoch, progress["step"],
                 train_log, on_step)
-            val = evaluate(raw_model, val_loader, world, num_classes)
+            val = evaluate(raw_model, val_loader, world, speed, num_classes)
             val_log.write(epoch, val.loss, val.accuracy)
             if progress["best_val_accuracy"] is None or val.accuracy > progress["best_val_accuracy"]:
                 progress.update(best_val_accuracy=val.accuracy, best_val_epoch=epoch)
@@ -462,8 +469,8 @@ def _train(config: TrainConfig, world: World, on_step) -> dict:
         val_log.close()
 
     if val is None:  # resumed after the last epoch: nothing trained in this session
-        val = evaluate(raw_model, val_loader, world, num_classes)
-    test = evaluate(raw_model, test_loader, world, num_classes)
+        val = evaluate(raw_model, val_loader, world, speed, num_classes)
+    test = evaluate(raw_model, test_loader, world, speed, num_classes)
     say(f"test accuracy {test.accuracy:.1%} | test loss {test.loss:.4f} | majority baseline {test_baseline:.1%} "
         f"(always '{CLASS_NAMES[majority_class]}', the most common training class) | "
         f"{test.accuracy - test_baseline:+.1%} above it", flush=True)
@@ -475,6 +482,7 @@ def _train(config: TrainConfig, world: World, on_step) -> dict:
         say("warning: the ranks ended with different parameters; DDP did not keep them in sync.")
 
     summary = build_summary(config, world, progress, splits, val, test, data_dir, raw_model, digests)
+    summary["speed"] = speed.to_dict()  # what vitlab.performance turned on
     summary["wall_time_s"] += time.perf_counter() - session_start
     if world.is_main:
         write_results(run_dir, summary, test, raw_model, test_set, CLASS_NAMES)
@@ -516,7 +524,7 @@ def build_summary(config, world, progress, splits, val: Evaluation, test: Evalua
     }
 
 
-def describe_run(config, world, data_dir, splits, model, run_dir) -> str:
+def describe_run(config, world, data_dir, splits, model, run_dir, speed: SpeedPlan) -> str:
     from vitlab.data import CLASS_NAMES
 
     preset = MODEL_PRESETS[config.model]
@@ -533,6 +541,8 @@ def describe_run(config, world, data_dir, splits, model, run_dir) -> str:
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters",
         f"training: {config.optimizer} lr {config.lr:g} wd {config.weight_decay:g}, {config.epochs} epochs, "
         f"batch {config.batch_size} x {world.world_size} process(es) on {world.device}, augment {config.augment}",
+        f"speed: {speed.precision}, {'compiled' if speed.compile else 'eager'}, "
+        f"{'fused' if speed.fused_optimizer else 'plain'} {config.optimizer} (see docs/performance.md)",
         f"run folder: {run_dir}",
     ])
 
@@ -595,6 +605,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help=f"random seed (default {defaults.seed})")
     parser.add_argument("--device", choices=DEVICES, help="auto (default): CUDA, else MPS, else CPU")
     parser.add_argument("--workers", type=int, help=f"DataLoader worker processes (default {defaults.workers})")
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help="auto (default): bf16 autocast where the hardware has bf16, else fp32")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction,
+                        help="torch.compile the model (default: on CUDA only, where it pays off)")
     parser.add_argument("--resume", metavar="RUN_DIR",
                         help="continue this run from its last checkpoint (--epochs may raise its length)")
 
