@@ -17,7 +17,7 @@ in every round the baseline runs before every second case and again after it, ea
 compared with the baseline runs around it, and the order rotates from round to round. A ratio
 is the median over rounds; an images/s column is the median of the case's own rounds, so it
 drifts with the machine's load where the ratio next to it does not. The machine's load
-average at the start of each part is in its machine table.
+average when each part finished is in its machine table.
 """
 
 
