@@ -59,20 +59,33 @@ def one_epoch(dataset, workers: int) -> int:
     return seen
 
 
+def one_epoch_batched(dataset, workers: int) -> int:
+    """What the trainer does: vitlab.data.batch_loader, batches built whole by the dataset."""
+    from vitlab.data import batch_loader
+
+    loader = batch_loader(dataset, BATCH, shuffle=True, num_workers=workers,
+                          generator=torch.Generator().manual_seed(0))
+    seen = 0
+    for images, _ in loader:
+        seen += len(images)
+    return seen
+
+
 def loader_cases(root: Path, workers: int) -> list[Case]:
     from vitlab.data import LiTSDataset
 
     count = len(SeedCourseDataset(root))
     warm = LiTSDataset(root, "train", cache="memory")
-    one_epoch(warm, workers)  # fills its cache: every later epoch of `warm` is decode-free
+    one_epoch_batched(warm, workers)  # fills its cache: every later epoch of `warm` is decode-free
 
     def first_epoch():  # a new dataset: builds its index from the PNG headers, decodes every slice
-        one_epoch(LiTSDataset(root, "train", cache="memory"), workers)
+        one_epoch_batched(LiTSDataset(root, "train", cache="memory"), workers)
 
     return [
         Case(BASELINE, lambda: one_epoch(SeedCourseDataset(root), workers), work=count),
         Case("LiTSDataset first epoch", first_epoch, work=count),
-        Case("LiTSDataset cached epoch", lambda: one_epoch(warm, workers), work=count),
+        Case("LiTSDataset cached epoch", lambda: one_epoch_batched(warm, workers), work=count),
+        Case("LiTSDataset cached epoch, plain DataLoader", lambda: one_epoch(warm, workers), work=count),
     ]
 
 
@@ -108,12 +121,18 @@ def run(rounds: int = 5, quick: bool = False, log=print) -> dict:
     results["notes"] = [
         f"Generating the built-in dataset ({sum(slices.values())} slices of {size} x {size}: {slices['train']} "
         f"train, {slices['val']} val, {slices['test']} test) took {results['generate_builtin_s']:.1f} s.",
-        "Both loaders decode the same PNGs with Pillow. LiTSDataset's first epoch is faster only where a "
-        f"core is free: it decodes a batch's new slices on up to {DECODE_THREADS} threads (Pillow releases "
-        "the GIL), which with 0 workers uses the second core; with 2 workers both loaders already use both.",
-        "A cached epoch costs what turning uint8 into float32 and stacking the batch cost (2 x 16 MiB per batch "
-        "of 64). With workers, every batch also crosses from the worker process through shared memory, "
-        "which costs more than serving it from the cache: for a cached set, 0 workers is the fastest.",
+        "`LiTSDataset` rows go through `vitlab.data.batch_loader`, as in `vitlab train`: the dataset builds each "
+        "batch whole (`load_batch`) and the DataLoader passes it on without collating items. The row 'plain "
+        "DataLoader' is the same cached dataset through `DataLoader(dataset, batch_size=64)`, which still asks "
+        "for whole batches (`__getitems__`) but splits them into items and stacks them again.",
+        f"Both loaders decode the same PNGs with Pillow. In the main process (0 workers) `load_batch` cuts a "
+        f"batch into {DECODE_THREADS} runs, one per thread (Pillow lets go of the GIL while it inflates), and "
+        "each thread decodes its new slices and writes its run as floats: the first epoch uses every core. In "
+        "DataLoader workers each worker uses one thread, so with 2 workers both loaders already use both cores "
+        "and the first epoch is about even.",
+        "With workers, every epoch also starts the worker processes (as in this benchmark, a new DataLoader per "
+        "epoch; `vitlab train` keeps them: persistent_workers) and every batch crosses from a worker through "
+        "shared memory: for a cached set, 0 workers is the fastest.",
     ]
     results["sections"] = [{"title": f"DataLoader throughput, batch {BATCH}, shuffled",
                             "columns": ["workers", "loader", "images/s (median)", f"vs {BASELINE}"],

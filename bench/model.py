@@ -1,7 +1,7 @@
 """Model benchmark: the reference ViT against timm's and a textbook one, same config.
 
 Training throughput (forward, backward, AdamW step), inference throughput, peak memory,
-achieved FLOP/s; on a GPU, also the fraction of its peak. The trainer's default path is
+achieved FLOP/s, on the CPU (bench.gpu runs the same on a GPU, with the fraction of its peak). The trainer's default path is
 `vitlab.performance.SpeedPlan.for_device(device)`, exactly what `vitlab train` uses.
 """
 import json
@@ -216,14 +216,17 @@ def memory(setups, mode, config, config_name, batch, device, log) -> dict:
 
 
 def run_device(device: str, config: dict, config_name: str, batch: int, rounds: int, steps: int,
-               log=print) -> dict:
-    """Everything measured on one device: throughput, FLOP/s, memory."""
+               log=print, train_setups: list[Setup] | None = None, infer_setups: list[Setup] | None = None,
+               measure_memory: bool = True) -> dict:
+    """Everything measured on one device: throughput, FLOP/s, memory (of the setups given, else all)."""
+    train_setups = train_setups or training_setups(device)
+    infer_setups = infer_setups or inference_setups(device)
     forward_flops = flops.forward_flops(**config)["total"]
     train_flops = flops.training_flops(**config)
     log(f"training throughput on {device}, batch {batch}")
-    training = throughput(training_setups(device), training_step, config, batch, steps, rounds, log)
+    training = throughput(train_setups, training_step, config, batch, steps, rounds, log)
     log(f"inference throughput on {device}, batch {batch}")
-    inference = throughput(inference_setups(device), inference_step, config, batch, steps * 3, rounds, log)
+    inference = throughput(infer_setups, inference_step, config, batch, steps * 3, rounds, log)
     peak = None
     if torch.device(device).type == "cuda":
         peak = machine.gpu_peak_bf16_flops(torch.cuda.get_device_name())
@@ -231,7 +234,7 @@ def run_device(device: str, config: dict, config_name: str, batch: int, rounds: 
         for entry in table.values():
             entry["flops_per_s"] = entry["median_per_s"] * per_image
             entry["fraction_of_peak_bf16"] = entry["flops_per_s"] / peak if peak else None
-    interesting = [s for s in training_setups(device)
+    interesting = [s for s in train_setups
                    if s.name in (BASELINE, "reference fp32", "textbook fp32", "reference default path")]
     return {
         "device": device,
@@ -241,9 +244,9 @@ def run_device(device: str, config: dict, config_name: str, batch: int, rounds: 
         "inference": inference,
         "memory": {
             "train": memory(interesting, "train", config, config_name, batch, device, log),
-            "inference": memory([s for s in inference_setups(device) if s.name in {i.name for i in interesting}],
+            "inference": memory([s for s in infer_setups if s.name in {i.name for i in interesting}],
                                 "inference", config, config_name, batch, device, log),
-        },
+        } if measure_memory else {},
     }
 
 
@@ -357,11 +360,7 @@ def run_all(rounds: int, quick: bool, log) -> dict:
         "title": "Model",
         "config": config,
         "cpu": run_device("cpu", config, config_name, batch, rounds, steps=1, log=log),
-        "gpu": [],
     }
-    if torch.cuda.is_available():
-        for gpu_batch in (BATCH, 256):
-            results["gpu"].append(run_device("cuda", config, config_name, gpu_batch, rounds, steps=20, log=log))
     cpu = results["cpu"]
     results["accuracy"] = short_run_accuracy(config, quick, log)
     runs = results["accuracy"]["runs"]
@@ -374,6 +373,4 @@ def run_all(rounds: int, quick: bool, log) -> dict:
     ]
     results["notes"] = notes(cpu["training"])
     results["sections"] = sections(cpu, "CPU") + [accuracy_section(results["accuracy"])]
-    for gpu in results["gpu"]:
-        results["sections"] += sections(gpu, "GPU")
     return results

@@ -3,7 +3,9 @@ import datetime
 import json
 from pathlib import Path
 
-PARTS = ("model", "data", "grading")
+PARTS = ("model", "data", "grading", "gpu")
+TITLES = {"model": "Model", "data": "Data", "grading": "Grading", "gpu": "GPU"}
+WHERE = {"gpu": " on a machine with a CUDA GPU (it is skipped where there is none)"}
 
 INTRO = """\
 # Performance
@@ -55,7 +57,7 @@ def render(results: dict[str, dict]) -> str:
         parts.append("## Targets\n\n" + table(["target", "goal", "measured", ""], targets))
     for part in PARTS:
         if part not in results:
-            parts.append(f"## {part.capitalize()}\n\nNot run yet: `python -m bench {part}`.")
+            parts.append(f"## {TITLES[part]}\n\nNot run yet: `python -m bench {part}`{WHERE.get(part, '')}.")
             continue
         r = results[part]
         body = [f"## {r['title']}"]

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from vitlab import phantom
-from vitlab.data import CLASS_NAMES, DataError, LiTSDataset
+from vitlab.data import CLASS_NAMES, DataError, LiTSDataset, batch_loader, new_shared_tensor
 
 SIZE = 40
 
@@ -127,6 +127,62 @@ def test_transform_is_applied_to_the_float_image(dataset_root):
     plain = LiTSDataset(dataset_root, "val", cache="none")
     flipped = LiTSDataset(dataset_root, "val", cache="none", transform=v2.RandomHorizontalFlip(p=1.0))
     assert torch.equal(flipped[0][0], plain[0][0].flip(-1)) and flipped[0][1] == plain[0][1]
+
+
+@pytest.mark.parametrize("cache", ["none", "memory", "disk"])
+def test_load_batch_is_the_items_stacked(dataset_root, tmp_path, cache):
+    data = LiTSDataset(dataset_root, "train", cache=cache, cache_dir=tmp_path)
+    items = LiTSDataset(dataset_root, "train", cache="none")
+    rng = np.random.default_rng(0)
+    for indices in ([5], [7, 2, 9], rng.permutation(len(data)).tolist(), [4, 4, 1]):  # twice in a batch too
+        images, targets = data.load_batch(indices)
+        assert images.shape == (len(indices), 1, SIZE, SIZE) and images.dtype == torch.float32
+        assert targets.dtype == torch.int64 and targets.tolist() == data.targets[indices].tolist()
+        assert torch.equal(images, torch.stack([items[i][0] for i in indices]))
+    if cache != "none":
+        assert data.cached().all() and data.decode_count == len(data)   # each slice decoded once
+
+
+def test_batch_loader_yields_what_a_dataloader_yields(dataset_root):
+    data = LiTSDataset(dataset_root, "train")
+    plain = DataLoader(data, batch_size=6, shuffle=True, generator=torch.Generator().manual_seed(1))
+    batched = batch_loader(data, 6, shuffle=True, generator=torch.Generator().manual_seed(1))
+    assert len(batched) == len(plain) == -(-len(data) // 6)
+    pairs = list(zip(plain, batched, strict=True))
+    for (images, targets), (batch_images, batch_targets) in pairs:
+        assert torch.equal(images, batch_images) and torch.equal(targets, batch_targets)
+    ordered = torch.cat([targets for _, targets in batch_loader(data, 6, drop_last=True)])
+    assert ordered.tolist() == data.targets[: len(data) // 6 * 6].tolist()
+    sampler = torch.utils.data.SubsetRandomSampler([3, 1, 2], generator=torch.Generator().manual_seed(0))
+    assert sorted(torch.cat([t for _, t in batch_loader(data, 2, sampler=sampler)]).tolist()) == \
+        sorted(data.targets[[1, 2, 3]].tolist())
+    with pytest.raises(ValueError, match="either sampler or shuffle"):
+        batch_loader(data, 2, sampler=sampler, shuffle=True)
+
+
+def test_batch_loader_with_workers_and_a_transform(dataset_root):
+    data = LiTSDataset(dataset_root, "val", transform=v2.RandomHorizontalFlip(p=1.0))
+    plain = LiTSDataset(dataset_root, "val", cache="none")
+    batches = list(batch_loader(data, 5, num_workers=2))
+    assert data.decode_count == 0 and data.cached().all()     # the workers decoded into the shared cache
+    images = torch.cat([images for images, _ in batches])
+    assert torch.equal(images, torch.stack([plain[i][0].flip(-1) for i in range(len(plain))]))
+
+
+def test_batch_loader_names_a_broken_file(copy_of_set):
+    data = LiTSDataset(copy_of_set, "train")
+    broken = data.image_paths[5]
+    broken.write_bytes(broken.read_bytes()[:70])
+    with pytest.raises(DataError, match=broken.name):
+        list(batch_loader(data, 8))                            # decoded on the main process's threads
+    assert not data.cached()[5]                                # nothing half-made was cached
+
+
+def test_shared_tensor_is_shared_memory_of_the_asked_shape():
+    tensor = new_shared_tensor((3, 4, 5), torch.float32)
+    assert tensor.is_shared() and tensor.shape == (3, 4, 5) and tensor.dtype == torch.float32
+    tensor.fill_(2.0)
+    assert tensor.sum().item() == 120.0
 
 
 def test_unknown_cache_mode_is_refused(dataset_root):

@@ -273,3 +273,18 @@ def test_report_renders_targets_and_tables():
     assert "### T\n\n| a | b |\n|---|---|\n| 1 | 2 |" in text
     assert "- a note" in text
     assert "## Data\n\nNot run yet" in text
+
+
+def test_gpu_benchmark_code_path_runs_on_the_cpu(tmp_path):
+    """bench.gpu measures on CUDA; its code (model tables, trainer runs, report) is run here on the CPU."""
+    from bench import gpu
+
+    results = gpu.run(rounds=1, quick=True, log=lambda line: None, device="cpu", measure_memory=False)
+    (tmp_path / "gpu.json").write_text(__import__("json").dumps(results))
+    assert [run["batch"] for run in results["runs"]] == [4]
+    assert set(results["runs"][0]["training"]) == {setup.name for setup in gpu.training_setups("cpu")}
+    assert set(results["trainer"]) == {f"{workers} workers" for workers in gpu.TRAINER_WORKERS}
+    for entry in results["trainer"].values():
+        assert entry["images_per_s"] > 0 and 0.0 <= entry["test_accuracy"] <= 1.0
+    text = report.render(report.load(tmp_path))
+    assert "vitlab train on the GPU" in text and "Training throughput, GPU, batch 4" in text

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from vitlab.distributed import (World, ShardedEvalSampler, all_reduce_sum, barrier, broadcast_object,
@@ -382,7 +382,7 @@ def train(config: TrainConfig, on_step=None) -> dict:
 
 
 def _train(config: TrainConfig, world: World, on_step) -> dict:
-    from vitlab.data import CLASS_NAMES
+    from vitlab.data import CLASS_NAMES, batch_loader
 
     session_start = time.perf_counter()
     say = print if world.is_main else (lambda *args, **kwargs: None)
@@ -408,9 +408,9 @@ def _train(config: TrainConfig, world: World, on_step) -> dict:
     # global batch of step k is the same for any number of processes with the same global batch.
     train_sampler = DistributedSampler(train_set, num_replicas=world.world_size, rank=world.rank,
                                        shuffle=True, seed=config.seed)
-    train_loader = DataLoader(train_set, batch_size=config.batch_size, sampler=train_sampler, **loader_options)
-    val_loader, test_loader = (DataLoader(split, batch_size=2 * config.batch_size,
-                                          sampler=ShardedEvalSampler(len(split), world), **loader_options)
+    train_loader = batch_loader(train_set, config.batch_size, sampler=train_sampler, **loader_options)
+    val_loader, test_loader = (batch_loader(split, 2 * config.batch_size, sampler=ShardedEvalSampler(len(split), world),
+                                            **loader_options)
                                for split in (val_set, test_set))
 
     optimizer = build_optimizer(model, config, speed)
