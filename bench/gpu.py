@@ -20,7 +20,7 @@ from dataclasses import replace
 import torch
 
 from bench import model
-from bench.model import BASELINE, COURSE_CONFIG, TINY_CONFIG, Setup, plain
+from bench.model import BASELINE, COURSE_CONFIG, TINY_CONFIG, Setup
 from vitlab.performance import SpeedPlan
 from vitlab.phantom import generate_phantom_dataset
 
@@ -33,24 +33,20 @@ def missing() -> str | None:
     return None if torch.cuda.is_available() else "no CUDA GPU on this machine"
 
 
+GPU_TRAINING = (BASELINE, "reference fp32", "textbook fp32", "reference default path", "timm default path")
+GPU_INFERENCE = (BASELINE, "reference fp32", "reference default path")
+
+
 def training_setups(device) -> list[Setup]:
-    """What the GPU tables compare: the CPU-only variants (channels-last, CPU attention kernels) left out."""
+    """The model benchmark's setups less the CPU-only ones (channels-last, CPU attention kernels),
+    plus the default path without compile, to show what torch.compile adds on the GPU."""
     default = SpeedPlan.for_device(device)
-    fp32 = plain(device)
-    return [
-        Setup(BASELINE, "timm", fp32),
-        Setup("reference fp32", "reference", fp32),
-        Setup("textbook fp32", "textbook", fp32),
-        Setup("reference bf16 autocast + fused AdamW", "reference", replace(default, compile=False)),
-        Setup("reference default path", "reference", default),
-        Setup("timm default path", "timm", default),
-    ]
+    return ([setup for setup in model.training_setups(device) if setup.name in GPU_TRAINING]
+            + [Setup("reference default path without compile", "reference", replace(default, compile=False))])
 
 
 def inference_setups(device) -> list[Setup]:
-    default = SpeedPlan.for_device(device)
-    return [Setup(BASELINE, "timm", plain(device)), Setup("reference fp32", "reference", plain(device)),
-            Setup("reference default path", "reference", default)]
+    return [setup for setup in model.inference_setups(device) if setup.name in GPU_INFERENCE]
 
 
 def trainer_runs(config_name: str, epochs: int, batch: int, device: str, log, data_dir=None) -> dict:

@@ -6,20 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
+from pictures import assert_not_blank
 from solutions import VisionTransformer
 from vitlab import plots
 
 CLASS_NAMES = ("no liver", "liver", "liver with tumour")
-
-
-def assert_not_blank(path, min_colours=4):
-    """The PNG decodes, has real contrast and several colours (not a white page with a frame)."""
-    pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64)
-    assert pixels.shape[0] > 100 and pixels.shape[1] > 100, pixels.shape
-    assert pixels.std() > 10, f"{path} is almost uniform (std {pixels.std():.1f})"
-    colours = np.unique(pixels.reshape(-1, 3) // 32, axis=0)  # coarse colour bins
-    assert len(colours) >= min_colours, f"{path} has only {len(colours)} colour bins"
-    return pixels
 
 
 def write_run(run_dir, epochs=4, steps=10, start_loss=1.1, seed=0):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from pictures import assert_not_blank
 from solutions import VisionTransformer
 from vitlab.cli import main
 from vitlab.data import CLASS_NAMES, LiTSDataset
@@ -100,8 +101,6 @@ def test_run_folder_holds_logs_checkpoint_summary_and_plots(finished_run, phanto
     with torch.no_grad():
         predictions = model.eval()(images).argmax(1).numpy()
     assert np.mean(predictions == test_set.targets) == pytest.approx(summary["test_accuracy"])
-
-    from test_plots import assert_not_blank  # the plot tests' own check: real PNG, contrast, colours
 
     assert_not_blank(out / "loss_curve.png")
     assert_not_blank(out / "attention.png", min_colours=8)
