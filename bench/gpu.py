@@ -6,8 +6,8 @@ the trainer's default path (bf16 autocast, fused AdamW, torch.compile), as image
 fraction of the GPU's dense bf16 peak (FLOPs counted by bench.flops).
 
 Trainer: `vitlab.train.train` on the built-in phantom set, course model, with 0 and with 4
-DataLoader workers (fewer on a machine with fewer cores), against the same model's step alone (bench.model at the trainer's batch):
-how much of the GPU's speed the whole run keeps, data loading and evaluation included.
+DataLoader workers (fewer on a machine with fewer cores), against the same model's training step
+alone at the same batch: how much of the GPU's speed the whole run keeps, data loading included.
 
 Skipped where there is no CUDA GPU.
 """
@@ -62,7 +62,8 @@ def trainer_runs(config_name: str, epochs: int, batch: int, device: str, log, da
             runs[f"{workers} workers"] = {
                 "images_per_s": summary["images_per_second"], "test_accuracy": summary["test_accuracy"],
                 "majority_baseline": summary["majority_baseline"], "wall_s": time.perf_counter() - start,
-                "epochs": epochs, "batch": batch, "speed": summary["speed"]}
+                "epochs": epochs, "batch": batch, "model": config_name, "speed": summary["speed"],
+                "data": "built-in set" if data_dir is None else f"{summary['split_sizes']['train']} training slices"}
             log(f"  trainer, {workers} workers: {runs[f'{workers} workers']}")
     return runs
 
@@ -100,7 +101,7 @@ def run(rounds: int = 5, quick: bool = False, log=print, batches=BATCHES, traine
 
 
 def finish(results: dict) -> dict:
-    """Sections and notes from the measured runs (also after merging runs taken in separate calls)."""
+    """The report's tables from the measured runs."""
     results["sections"] = [section for device_run in results["runs"] for section in model.sections(device_run, "GPU")]
     trainer = results.get("trainer")
     if trainer:
@@ -114,8 +115,8 @@ def finish(results: dict) -> dict:
                          f"{entry['wall_s']:.0f}"])
         first = next(iter(trainer.values()))
         results["sections"].append({
-            "title": (f"vitlab train on the GPU: course model, built-in set, {first['epochs']} epochs, "
-                      f"batch {first['batch']}"),
+            "title": (f"vitlab train on the GPU: {first['model']} model, {first['data']}, {first['epochs']} "
+                      f"epoch(s), batch {first['batch']}"),
             "columns": ["DataLoader", "training images/s", "share of the step alone (same batch)",
                         "test accuracy", "majority baseline", "wall s (compile and evaluation included)"],
             "rows": rows})
