@@ -7,6 +7,7 @@ Everything here runs in-process (run_in_process); the isolated grader is tested 
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import re
 import sys
@@ -18,11 +19,11 @@ import pytest
 import torch
 
 import solutions
+from catalogue import BASE_ANSWER, ENTRY_KINDS, SUBMISSIONS, read_entry, submission_body, submission_source
 from vitlab.checks import STAGES, assert_stage, check, run_in_process
 from vitlab.checks.base import CheckResult, StageResult, evaluate_stage, first_non_plain
 from vitlab.checks.probing import RAISED
 
-SUBMISSIONS = Path(__file__).parent / "submissions"
 CONTRACT_SYMBOLS = tuple(solutions.__all__)
 REFERENCE = {name: getattr(solutions, name) for name in CONTRACT_SYMBOLS}
 
@@ -61,23 +62,39 @@ def load(path: Path) -> dict:
     return vars(module)
 
 
-CATALOGUE = sorted(SUBMISSIONS.glob("*.py"))
+CATALOGUE = sorted(p for p in SUBMISSIONS.glob("*.py") if p.stem != BASE_ANSWER)
 BUGGY = [p for p in CATALOGUE if p.stem.startswith("bug_")]
 VALID = [p for p in CATALOGUE if p.stem.startswith("valid_")]
 
 
 @pytest.fixture(scope="session")
-def submissions() -> dict[str, dict]:
-    """Every catalogue submission's symbols, loaded once."""
-    return {path.stem: load(path) for path in CATALOGUE}
+def submission_file(tmp_path_factory):
+    """name -> the submission written out whole as a real NAME.py (once a session)."""
+    folder = tmp_path_factory.mktemp("submissions")
+
+    @functools.cache
+    def write(name: str) -> Path:
+        path = folder / f"{name}.py"
+        path.write_text(submission_source(name))
+        return path
+    return write
 
 
 @pytest.fixture(scope="session")
-def graded(submissions) -> dict[str, dict[str, StageResult]]:
-    """Every catalogue submission checked once on every stage."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return {name: grade(symbols) for name, symbols in submissions.items()}
+def submissions(submission_file):
+    """name -> the submission's symbols, loaded from its file once."""
+    return functools.cache(lambda name: load(submission_file(name)))
+
+
+@pytest.fixture(scope="session")
+def graded(submissions):
+    """name -> the submission checked on every stage, once."""
+    @functools.cache
+    def graded_once(name: str) -> dict[str, StageResult]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return grade(submissions(name))
+    return graded_once
 
 
 def grade(symbols: dict, seed: int = 0) -> dict[str, StageResult]:
@@ -87,18 +104,34 @@ def grade(symbols: dict, seed: int = 0) -> dict[str, StageResult]:
 def test_catalogue_size_and_headers():
     assert len(BUGGY) >= 20 and len(VALID) >= 8
     for path in CATALOGUE:
+        assert path.stem.startswith(ENTRY_KINDS), f"{path.name}: not one of {ENTRY_KINDS}"
         parse_expectations(path)
 
 
+def test_every_entry_changes_its_base_into_a_self_contained_submission():
+    for path in CATALOGUE:
+        name, base = path.stem, read_entry(path.stem).base
+        assert submission_body(name) != submission_body(base or BASE_ANSWER), f"{name} changes nothing"
+        assert not re.search(rf"^\s*(import|from)\s+(solutions|{BASE_ANSWER})\b",
+                             submission_source(name), re.M), f"{name} imports what it must not"
+
+
+def test_the_base_answer_scores_full_points_without_warnings(graded):
+    results = graded(BASE_ANSWER)
+    assert {s: r.status for s, r in results.items()} == {s: "passed" for s in STAGES}
+    assert sum(r.points for r in results.values()) == 60
+    assert all(r.warnings == [] for r in results.values())
+
+
 def test_every_catalogue_submission_defines_the_whole_contract(submissions):
-    for name, symbols in submissions.items():
-        assert [s for s in CONTRACT_SYMBOLS if s not in symbols] == [], name
+    for path in CATALOGUE:
+        assert [s for s in CONTRACT_SYMBOLS if s not in submissions(path.stem)] == [], path.stem
 
 
 @pytest.mark.parametrize("path", CATALOGUE, ids=lambda p: p.stem)
 def test_catalogue_submission(path, graded):
     expected = parse_expectations(path)
-    results = graded[path.stem]
+    results = graded(path.stem)
     for stage, (status, hint) in expected.items():
         result = results[stage]
         assert result.status == status, f"{stage}: {result.report()}"
@@ -114,7 +147,7 @@ def test_catalogue_submission(path, graded):
 
 def test_valid_alternatives_get_full_points_and_only_the_documented_warnings(graded):
     for path in VALID:
-        results = graded[path.stem]
+        results = graded(path.stem)
         assert sum(r.points for r in results.values()) == 60, path.name
         warned = [w for r in results.values() for w in r.warnings]
         wanted = re.findall(r"^# expect-warning: (.+)$", path.read_text(), re.M)
@@ -244,8 +277,8 @@ def test_a_crash_fails_one_check_and_names_the_students_line():
     assert "ExplodingMean.forward" in failed[0].got and "test_checks.py" in failed[0].got
 
 
-def test_patched_torch_comparisons_do_not_fool_the_judge(monkeypatch):
-    buggy = load(SUBMISSIONS / "bug_no_scale.py")
+def test_patched_torch_comparisons_do_not_fool_the_judge(monkeypatch, submission_file):
+    buggy = load(submission_file("bug_no_scale"))
     monkeypatch.setattr(torch, "allclose", lambda *a, **k: True)
     monkeypatch.setattr(torch.testing, "assert_close", lambda *a, **k: None)
     assert run_in_process("encoder_block", buggy).status == "failed"
@@ -262,8 +295,8 @@ def test_check_prints_a_report_and_finds_symbols_in_the_callers_scope(capsys):
     assert out.count("✓") == len(result.checks) and err == ""
 
 
-def test_check_matches_positional_symbols_by_name_and_keywords(capsys):
-    buggy = load(SUBMISSIONS / "bug_patch_column_major.py")
+def test_check_matches_positional_symbols_by_name_and_keywords(capsys, submission_file):
+    buggy = load(submission_file("bug_patch_column_major"))
     result = check("patching", buggy["PatchEmbedding"])
     assert result.status == "failed"
     out = capsys.readouterr().out
@@ -276,14 +309,14 @@ def test_check_matches_positional_symbols_by_name_and_keywords(capsys):
     assert unknown.status == "passed" and "evaluate is not one of PatchEmbedding" in unknown.warnings[0]
 
 
-def test_check_of_a_stub_says_not_implemented_without_raising(capsys):
-    stub = load(SUBMISSIONS / "stub_not_implemented.py")
+def test_check_of_a_stub_says_not_implemented_without_raising(capsys, submission_file):
+    stub = load(submission_file("stub_not_implemented"))
     result = check("skeleton", stub["VisionTransformer"])
     assert result.status == "not_implemented"
     assert "VisionTransformer.__init__" in capsys.readouterr().out
 
 
-def test_assert_stage_is_silent_on_stderr_and_raises_with_the_report(capsys):
+def test_assert_stage_is_silent_on_stderr_and_raises_with_the_report(capsys, submission_file):
     class NoisyPatchEmbedding(solutions.PatchEmbedding):
         def forward(self, x):
             warnings.warn("a student's UserWarning")
@@ -294,7 +327,7 @@ def test_assert_stage_is_silent_on_stderr_and_raises_with_the_report(capsys):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = assert_stage("patching", NoisyPatchEmbedding)
-        buggy = load(SUBMISSIONS / "bug_missing_residual.py")
+        buggy = load(submission_file("bug_missing_residual"))
         with pytest.raises(AssertionError) as failure:
             assert_stage("encoder_block", **{k: buggy[k] for k in STAGES["encoder_block"].symbols})
     out, err = capsys.readouterr()

@@ -1,5 +1,7 @@
 # expect-status: patching=not_implemented cls_token=not_implemented skeleton=not_implemented encoder_block=not_implemented head=not_implemented training=not_implemented
 """Every stage still a stub, as a lesson notebook hands it out: nothing is graded, nothing crashes."""
+BASE = None  # a whole submission of its own, taken as it is
+
 from torch import Tensor, nn
 
 
