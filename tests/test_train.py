@@ -15,7 +15,7 @@ from vitlab.cli import main
 from vitlab.data import CLASS_NAMES, LiTSDataset
 from vitlab.phantom import generate_phantom_dataset
 from vitlab.train import (MODEL_PRESETS, Evaluation, TrainConfig, TrainError, build_model, load_run_config,
-                          one_class_warning, train)
+                          one_class_warning, train, unpredicted_classes_warning)
 
 # 22 steps per epoch on the set below; augmentation off so that learning is quick and steady
 TINY = dict(model="tiny", epochs=6, batch_size=16, lr=2e-3, augment="none")
@@ -170,6 +170,18 @@ def test_a_model_that_predicts_one_class_is_called_out():
     assert "predicts 'no liver' for every validation slice" in message and "majority baseline" in message
     mixed = replace(one_class, confusion=np.array([[5, 1, 0], [3, 0, 0], [1, 0, 0]]))
     assert one_class_warning(mixed, CLASS_NAMES, "validation") is None
+    assert unpredicted_classes_warning(one_class, CLASS_NAMES, "test") is None  # said once, above
+
+
+def test_a_class_the_model_never_predicts_is_named():
+    no_tumour = Evaluation(loss=0.3, accuracy=0.9, samples=450,
+                           confusion=np.array([[282, 0, 0], [3, 132, 0], [1, 32, 0]]))
+    message = unpredicted_classes_warning(no_tumour, CLASS_NAMES, "test")
+    assert "never predicts 'liver with tumour' (33 slices) on the test split" in message
+    all_found = replace(no_tumour, confusion=np.array([[282, 0, 0], [3, 120, 12], [1, 20, 12]]))
+    assert unpredicted_classes_warning(all_found, CLASS_NAMES, "test") is None
+    absent_class = replace(no_tumour, confusion=np.array([[282, 0, 0], [3, 132, 0], [0, 0, 0]]))
+    assert unpredicted_classes_warning(absent_class, CLASS_NAMES, "test") is None  # none to find
 
 
 def test_sgd_and_a_submission_model(phantom, tmp_path):

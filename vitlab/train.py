@@ -363,6 +363,19 @@ def one_class_warning(evaluation: Evaluation, class_names, split: str) -> str | 
             f"the most common class); it has not learned to tell the classes apart yet.")
 
 
+def unpredicted_classes_warning(evaluation: Evaluation, class_names, split: str) -> str | None:
+    """A line naming the classes of the split that the model never predicts (None if there are none,
+    or if it predicts a single class, which one_class_warning already says)."""
+    present = np.flatnonzero(evaluation.confusion.sum(axis=1))
+    missed = [c for c in present if c not in evaluation.predicted_classes]
+    if not missed or len(evaluation.predicted_classes) <= 1:
+        return None
+    named = ", ".join(f"'{class_names[c]}' ({int(evaluation.confusion[c].sum())} slices)" for c in missed)
+    return (f"  note: the model never predicts {named} on the {split} split: every slice of "
+            f"{'that class' if len(missed) == 1 else 'those classes'} counts as wrong, and the accuracy comes "
+            f"from the others (per-class accuracy: summary.json).")
+
+
 # ---------------------------------------------------------------------------------------------
 # The whole run
 # ---------------------------------------------------------------------------------------------
@@ -474,9 +487,9 @@ def _train(config: TrainConfig, world: World, on_step) -> dict:
     say(f"test accuracy {test.accuracy:.1%} | test loss {test.loss:.4f} | majority baseline {test_baseline:.1%} "
         f"(always '{CLASS_NAMES[majority_class]}', the most common training class) | "
         f"{test.accuracy - test_baseline:+.1%} above it", flush=True)
-    warning = one_class_warning(test, CLASS_NAMES, "test")
-    if warning:
-        say(warning)
+    for warning in (one_class_warning(test, CLASS_NAMES, "test"), unpredicted_classes_warning(test, CLASS_NAMES, "test")):
+        if warning:
+            say(warning)
     digests = gather_objects(parameter_digest(raw_model), world)
     if len(set(digests)) > 1:
         say("warning: the ranks ended with different parameters; DDP did not keep them in sync.")
