@@ -338,7 +338,8 @@ class LiTSDataset(Dataset):
         return images, torch.from_numpy(self.targets[indices])
 
     def _fill(self, run: tuple[np.ndarray, np.ndarray]) -> None:
-        """Write the slices `indices` into `out` (float32 [n, H, W]), decoding those not cached."""
+        """run = (indices, out): write those slices into out (float32 [n, H, W]) as floats in [0, 1],
+        decoding the ones not cached yet."""
         indices, out = run
         cache = self._cache
         if cache is None:
@@ -396,9 +397,6 @@ class _Batches(Dataset):
 
     def __init__(self, dataset: LiTSDataset):
         self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
 
     def __getitem__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         return self.dataset.load_batch(indices)
