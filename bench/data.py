@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from bench.timing import Case, interleave, summarise
+from bench.timing import Case, interleave, slug, summarise
 
 BATCH = 64
 BASELINE = "seed-course loader"
@@ -89,6 +89,23 @@ def loader_cases(root: Path, workers: int) -> list[Case]:
     ]
 
 
+AUGMENT_BASELINE = "v2.RandomAffine, slice by slice"
+
+
+def augmentation_cases(size: int) -> list[Case]:
+    """The trainer's `--augment light`: torchvision's RandomAffine per slice (in the loader, as the
+    seed course does) against vitlab.augment.RandomAffineBatch on the whole batch (in the step)."""
+    from torchvision.transforms import v2
+
+    from vitlab.augment import RandomAffineBatch
+
+    limits = dict(degrees=8, translate=(0.04, 0.04), scale=(0.95, 1.05))
+    per_slice, batched = v2.RandomAffine(**limits), RandomAffineBatch(**limits)
+    images = torch.rand(BATCH, 1, size, size, generator=torch.Generator().manual_seed(0))
+    return [Case(AUGMENT_BASELINE, lambda: torch.stack([per_slice(image) for image in images]), work=BATCH),
+            Case("RandomAffineBatch, the whole batch", lambda: batched(images), work=BATCH)]
+
+
 def run(rounds: int = 5, quick: bool = False, log=print) -> dict:
     from vitlab.data import DECODE_THREADS
     from vitlab.phantom import builtin_dataset
@@ -109,6 +126,9 @@ def run(rounds: int = 5, quick: bool = False, log=print) -> dict:
             results["loaders"][f"{workers} workers"] = summary
             tables += [[f"{workers}", name, f"{entry['median_per_s']:.0f}", f"{entry['ratio_to_seed_course_loader']:.2f}x"]
                        for name, entry in summary.items()]
+        log(f"  augmentation of a batch of {BATCH} slices of {size} x {size}")
+        augmentation = summarise(interleave(augmentation_cases(size), AUGMENT_BASELINE, rounds, log), AUGMENT_BASELINE)
+        results["augmentation"] = augmentation
     main = results["loaders"]["0 workers"]
     results["targets"] = [
         {"what": "data: LiTSDataset cached epoch vs seed-course loader (0 workers)",
@@ -133,8 +153,17 @@ def run(rounds: int = 5, quick: bool = False, log=print) -> dict:
         "With workers, every epoch also starts the worker processes (as in this benchmark, a new DataLoader per "
         "epoch; `vitlab train` keeps them: persistent_workers) and every batch crosses from a worker through "
         "shared memory: for a cached set, 0 workers is the fastest.",
+        "`vitlab train --augment light` turns, shifts and zooms every training slice. It used to do so in the "
+        "loader with torchvision's RandomAffine, slice by slice; it now draws the same parameters per slice and "
+        "resamples the whole batch with one grid_sample in the training step (vitlab.augment, pixel for pixel "
+        "torchvision's affine), on the GPU when training there.",
     ]
     results["sections"] = [{"title": f"DataLoader throughput, batch {BATCH}, shuffled",
                             "columns": ["workers", "loader", "images/s (median)", f"vs {BASELINE}"],
-                            "rows": tables}]
+                            "rows": tables},
+                           {"title": f"Training augmentation (`--augment light`), batch {BATCH}",
+                            "columns": ["augmentation", "images/s (median)", f"vs {AUGMENT_BASELINE}"],
+                            "rows": [[name, f"{entry['median_per_s']:.0f}",
+                                      f"{entry['ratio_to_' + slug(AUGMENT_BASELINE)]:.2f}x"]
+                                     for name, entry in augmentation.items()]}]
     return results

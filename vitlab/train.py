@@ -212,21 +212,20 @@ def resolve_data_dir(config: TrainConfig, world: World) -> Path:
     return path if world.is_main else builtin_dataset()
 
 
-def training_transform(augment: str):
+def training_augmentation(augment: str) -> torch.nn.Module | None:
+    """What `--augment` applies to every training batch, on the device, in the training step."""
     if augment == "none":
         return None
-    from torchvision.transforms import v2
+    from vitlab.augment import RandomAffineBatch
 
     # small shifts, turns and zooms: a patient lies a little differently in every scan
-    return v2.RandomAffine(degrees=8, translate=(0.04, 0.04), scale=(0.95, 1.05))
+    return RandomAffineBatch(degrees=8, translate=(0.04, 0.04), scale=(0.95, 1.05))
 
 
-def load_splits(data_dir: Path, augment: str) -> dict:
+def load_splits(data_dir: Path) -> dict:
     from vitlab.data import LiTSDataset
 
-    return {"train": LiTSDataset(data_dir, split="train", transform=training_transform(augment)),
-            "val": LiTSDataset(data_dir, split="val"),
-            "test": LiTSDataset(data_dir, split="test")}
+    return {split: LiTSDataset(data_dir, split=split) for split in ("train", "val", "test")}
 
 
 def build_model(config: TrainConfig, image_size: tuple[int, int], num_classes: int) -> torch.nn.Module:
@@ -290,6 +289,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, config: TrainConfig, wo
     """Train over the loader once; return (global step, mean loss, images seen by all ranks, seconds)."""
     model.train()
     device = world.device
+    augment = training_augmentation(config.augment)
     loss_sum, images_seen = 0.0, 0
     bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False,
                disable=not world.is_main, mininterval=1.0, dynamic_ncols=True)
@@ -297,6 +297,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, config: TrainConfig, wo
     for images, targets in bar:
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
+        if augment is not None:
+            images = augment(images)
         with speed.autocast():
             loss = F.cross_entropy(model(images), targets)
         optimizer.zero_grad(set_to_none=True)
@@ -402,7 +404,7 @@ def _train(config: TrainConfig, world: World, on_step) -> dict:
     checkpoint = load_checkpoint(config.out) if config.resume else None
     run_dir = Path(config.out) if config.resume else new_run_dir(config, world)
     data_dir = resolve_data_dir(config, world)
-    splits = load_splits(data_dir, config.augment)
+    splits = load_splits(data_dir)
     train_set, val_set, test_set = splits["train"], splits["val"], splits["test"]
     num_classes = len(CLASS_NAMES)
 
