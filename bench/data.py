@@ -50,25 +50,14 @@ def missing() -> str | None:
     return None
 
 
-def one_epoch(dataset, workers: int) -> int:
-    loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=workers,
-                        generator=torch.Generator().manual_seed(0))
-    seen = 0
-    for images, _ in loader:
-        seen += len(images)
-    return seen
-
-
-def one_epoch_batched(dataset, workers: int) -> int:
-    """What the trainer does: vitlab.data.batch_loader, batches built whole by the dataset."""
+def one_epoch(dataset, workers: int, batched: bool = False) -> int:
+    """One shuffled pass; `batched`: through vitlab.data.batch_loader, as the trainer does (the
+    dataset builds each batch whole), else through a plain DataLoader (items, then collation)."""
     from vitlab.data import batch_loader
 
-    loader = batch_loader(dataset, BATCH, shuffle=True, num_workers=workers,
-                          generator=torch.Generator().manual_seed(0))
-    seen = 0
-    for images, _ in loader:
-        seen += len(images)
-    return seen
+    make_loader = batch_loader if batched else DataLoader
+    loader = make_loader(dataset, BATCH, shuffle=True, num_workers=workers, generator=torch.Generator().manual_seed(0))
+    return sum(len(images) for images, _ in loader)
 
 
 def loader_cases(root: Path, workers: int) -> list[Case]:
@@ -76,15 +65,15 @@ def loader_cases(root: Path, workers: int) -> list[Case]:
 
     count = len(SeedCourseDataset(root))
     warm = LiTSDataset(root, "train", cache="memory")
-    one_epoch_batched(warm, workers)  # fills its cache: every later epoch of `warm` is decode-free
+    one_epoch(warm, workers, batched=True)  # fills its cache: every later epoch of `warm` is decode-free
 
     def first_epoch():  # a new dataset: builds its index from the PNG headers, decodes every slice
-        one_epoch_batched(LiTSDataset(root, "train", cache="memory"), workers)
+        one_epoch(LiTSDataset(root, "train", cache="memory"), workers, batched=True)
 
     return [
         Case(BASELINE, lambda: one_epoch(SeedCourseDataset(root), workers), work=count),
         Case("LiTSDataset first epoch", first_epoch, work=count),
-        Case("LiTSDataset cached epoch", lambda: one_epoch_batched(warm, workers), work=count),
+        Case("LiTSDataset cached epoch", lambda: one_epoch(warm, workers, batched=True), work=count),
         Case("LiTSDataset cached epoch, plain DataLoader", lambda: one_epoch(warm, workers), work=count),
     ]
 

@@ -130,15 +130,16 @@ def test_transform_is_applied_to_the_float_image(dataset_root):
 
 
 @pytest.mark.parametrize("cache", ["none", "memory", "disk"])
-def test_load_batch_is_the_items_stacked(dataset_root, tmp_path, cache):
+def test_load_batch_and_items_are_the_pixels_on_disk(dataset_root, tmp_path, cache):
     data = LiTSDataset(dataset_root, "train", cache=cache, cache_dir=tmp_path)
-    items = LiTSDataset(dataset_root, "train", cache="none")
+    on_disk = [torch.from_numpy(np.asarray(Image.open(path), dtype=np.float32) / 255)[None] for path in data.image_paths]
     rng = np.random.default_rng(0)
     for indices in ([5], [7, 2, 9], rng.permutation(len(data)).tolist(), [4, 4, 1]):  # twice in a batch too
         images, targets = data.load_batch(indices)
         assert images.shape == (len(indices), 1, SIZE, SIZE) and images.dtype == torch.float32
         assert targets.dtype == torch.int64 and targets.tolist() == data.targets[indices].tolist()
-        assert torch.equal(images, torch.stack([items[i][0] for i in indices]))
+        assert torch.equal(images, torch.stack([on_disk[i] for i in indices]))
+        assert all(torch.equal(data[i][0], on_disk[i]) for i in indices)  # an item is its batch of one
     if cache != "none":
         assert data.cached().all() and data.decode_count == len(data)   # each slice decoded once
 

@@ -129,11 +129,6 @@ def decode_slice(path: Path, size: tuple[int, int]) -> np.ndarray:
         raise DataError(f"{path} does not decode as a PNG ({error}). The file is damaged: {FIX_DATA}") from error
 
 
-def to_float(pixels: np.ndarray) -> torch.Tensor:
-    """uint8 [..., H, W] -> float32 [..., 1, H, W] in [0, 1]."""
-    return torch.from_numpy(np.divide(pixels, np.float32(255.0), dtype=np.float32)).unsqueeze(-3)
-
-
 def new_shared_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """An uninitialised tensor straight in shared memory (no private copy first, unlike share_memory_)."""
     nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
@@ -301,13 +296,9 @@ class LiTSDataset(Dataset):
     def __len__(self) -> int:
         return len(self.image_paths)
 
-    def __getitem__(self, index: int):
-        cache = self._cache
-        if cache is not None and cache.filled_np[index]:
-            pixels = cache.pixels_np[index]
-        else:
-            pixels = self._decode(index)
-        return self._item(to_float(pixels), index)
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        images, targets = self.load_batch([index])
+        return images[0], targets[0]
 
     def __getitems__(self, indices: list[int]) -> list:
         """A DataLoader asks for a whole batch this way: built by load_batch, then split into items."""
@@ -349,11 +340,6 @@ class LiTSDataset(Dataset):
                 self._decode(index)
             pixels = cache.pixels_np[indices]
         np.divide(pixels, np.float32(255.0), out=out, dtype=np.float32)
-
-    def _item(self, image: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, torch.tensor(self.targets[index])
 
     def _decode(self, index: int) -> np.ndarray:
         pixels = decode_slice(self.image_paths[index], self.image_size)
