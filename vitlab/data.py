@@ -42,10 +42,9 @@ from PIL import Image
 from torch.utils.data import (BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler,
                               get_worker_info)
 
-from vitlab.phantom import cache_root
+from vitlab.phantom import CSV_COLUMNS, cache_root
 
 CLASS_NAMES = ("no liver", "liver", "liver with tumour")
-CSV_COLUMNS = ("volume_file", "liver_file", "liver_visible", "tumors_file", "tumors_visible")
 CACHE_MODES = ("memory", "disk", "none")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DISK_CACHE_VERSION = 1

@@ -44,7 +44,8 @@ from PIL import Image
 PHANTOM_VERSION = 1
 SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = {"val": 0.15, "test": 0.15}  # the rest is train
-CSV_HEADER = "volume_file,liver_file,liver_visible,tumors_file,tumors_visible"
+CSV_COLUMNS = ("volume_file", "liver_file", "liver_visible", "tumors_file", "tumors_visible")  # classes.csv
+CSV_HEADER = ",".join(CSV_COLUMNS)
 DEFAULT_VOLUMES = 48
 SLICES_RANGE = (48, 80)  # slices per volume when not fixed; mean 64
 PNG_COMPRESS_LEVEL = 1   # fast, and deterministic for a given Pillow
