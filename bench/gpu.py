@@ -22,11 +22,11 @@ import torch
 from bench import model
 from bench.model import BASELINE, COURSE_CONFIG, TINY_CONFIG, Setup
 from vitlab.performance import SpeedPlan
-from vitlab.phantom import generate_phantom_dataset
+from vitlab.phantom import available_cores, generate_phantom_dataset
 
 BATCHES = (32, 256)
 TRAINER_BATCH = 256
-TRAINER_WORKERS = (0, min(4, os.cpu_count() or 1))
+TRAINER_WORKERS = (0, min(4, available_cores()))
 
 
 def missing() -> str | None:

@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 
 from vitlab import performance
+from vitlab.phantom import available_cores
 
 # Dense bf16 tensor-core peak (no sparsity) from the vendors' data sheets, in FLOP/s.
 # Matched against torch.cuda.get_device_name() in this order (so "H100 PCIe" before "H100").
@@ -47,7 +48,7 @@ def cpu_flags() -> list[str]:
 def describe() -> dict:
     machine = {
         "cpu": cpu_model(),
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cores": available_cores(),
         "cpu_flags": cpu_flags(),
         "native_bf16_cpu": performance.cpu_has_native_bf16(),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),

@@ -42,13 +42,13 @@ from PIL import Image
 from torch.utils.data import (BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler,
                               get_worker_info)
 
-from vitlab.phantom import CSV_COLUMNS, cache_root
+from vitlab.phantom import CSV_COLUMNS, available_cores, cache_root
 
 CLASS_NAMES = ("no liver", "liver", "liver with tumour")
 CACHE_MODES = ("memory", "disk", "none")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DISK_CACHE_VERSION = 1
-DECODE_THREADS = min(4, os.cpu_count() or 1)  # per process: a batch's first decode uses the cores
+DECODE_THREADS = min(4, available_cores())  # per process: a batch's first decode uses the cores
 FIX_DATA = ("Regenerate the set with `vitlab data synth OUT_DIR` or `vitlab data prepare-lits`, "
             "or repair the file.")
 

@@ -41,8 +41,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from vitlab.data import CLASS_NAMES, CSV_COLUMNS, DataError
+from vitlab.phantom import SPLITS, available_cores
 
-SPLITS = ("train", "val", "test")
 # Array axes after orientation: rows run anterior -> posterior, columns the patient's right -> left,
 # slices feet -> head. Row/column of a slice are then the radiological view.
 DISPLAY_AXCODES = ("P", "L", "S")
@@ -388,7 +388,7 @@ def prepare_lits(raw_dir, out_dir, size=256, window=(-100, 400), split=(0.7, 0.1
                                None if skip_empty_fraction is None else float(skip_empty_fraction))
     settings.validate()
     fractions = tuple(float(f) for f in split)
-    workers = min(4, os.cpu_count() or 1) if workers is None else int(workers)
+    workers = min(4, available_cores()) if workers is None else int(workers)
     if workers < 1:
         raise ValueError(f"Wrong --workers! Expected at least 1 process, got {workers}.")
     pairs = find_volume_pairs(raw_dir)
