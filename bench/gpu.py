@@ -11,8 +11,6 @@ alone at the same batch: how much of the GPU's speed the whole run keeps, data l
 
 Skipped where there is no CUDA GPU.
 """
-import contextlib
-import os
 import tempfile
 import time
 from dataclasses import replace
@@ -54,7 +52,7 @@ def trainer_runs(config_name: str, epochs: int, batch: int, device: str, log, da
     from vitlab.train import TrainConfig, train
 
     runs = {}
-    with tempfile.TemporaryDirectory(prefix="vitlab-bench-gpu-") as tmp, patched_environ(VITLAB_CACHE=tmp):
+    with tempfile.TemporaryDirectory(prefix="vitlab-bench-gpu-") as tmp, model.patched_environ(VITLAB_CACHE=tmp):
         for workers in TRAINER_WORKERS:
             start = time.perf_counter()
             summary = train(TrainConfig(data_dir=data_dir, model=config_name, device=device, epochs=epochs,
@@ -66,20 +64,6 @@ def trainer_runs(config_name: str, epochs: int, batch: int, device: str, log, da
                 "data": "built-in set" if data_dir is None else f"{summary['split_sizes']['train']} training slices"}
             log(f"  trainer, {workers} workers: {runs[f'{workers} workers']}")
     return runs
-
-
-@contextlib.contextmanager
-def patched_environ(**values):
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def run(rounds: int = 5, quick: bool = False, log=print, batches=BATCHES, trainer: bool = True,

@@ -4,6 +4,7 @@ Training throughput (forward, backward, AdamW step), inference throughput, peak 
 achieved FLOP/s, on the CPU (bench.gpu runs the same on a GPU, with the fraction of its peak). The trainer's default path is
 `vitlab.performance.SpeedPlan.for_device(device)`, exactly what `vitlab train` uses.
 """
+import contextlib
 import json
 import os
 import subprocess
@@ -347,9 +348,25 @@ def notes(training: dict) -> list[str]:
     return out
 
 
+@contextlib.contextmanager
+def patched_environ(**values):
+    """Set environment variables for the block; restore them after."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def run(rounds: int = 5, quick: bool = False, log=print) -> dict:
-    with tempfile.TemporaryDirectory(prefix="vitlab-bench-inductor-") as cache:
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache  # a cold compile, as on a student's first run
+    # a cold compile, as on a student's first run
+    with tempfile.TemporaryDirectory(prefix="vitlab-bench-inductor-") as cache, \
+            patched_environ(TORCHINDUCTOR_CACHE_DIR=cache):
         return run_all(rounds, quick, log)
 
 
