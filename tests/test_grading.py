@@ -323,6 +323,22 @@ def test_grade_refuses_a_missing_submission(tmp_path, capsys):
     assert not (tmp_path / "g.csv").exists()
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--out", "grades"], "--out {tmp}/grades: name the CSV file to write, e.g. grades.csv"),
+    (["--out", "grades.csv", "--stage", "patchin"], "Unknown stage(s) ['patchin']: the stages are ['patching'"),
+])
+def test_grade_refuses_bad_options_before_grading(tmp_path, capsys, args, message):
+    """Before any grading: a CSV named --out (not a folder the verdicts would clash with), known stages."""
+    submission = tmp_path / "student.py"
+    submission.write_text("x = 1\n")
+    parser = argparse.ArgumentParser()
+    grade_cli.add_arguments(parser)
+    argv = [str(submission)] + [str(tmp_path / a) if a.startswith("grades") else a for a in args]
+    assert grade_cli.run(parser.parse_args(argv)) == 2
+    assert message.format(tmp=tmp_path) in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["student.py"]   # nothing written
+
+
 def test_nbgrader_folder_names_submissions_by_student(tmp_path):
     for student, assignment in [("alice", "vit"), ("bob", "vit"), ("bob", "extra")]:
         (tmp_path / student / assignment).mkdir(parents=True)

@@ -319,12 +319,9 @@ def _identifier(text: str) -> str:
 
 def contract_symbols(stages: Iterable[str] | None = None) -> list[str]:
     """The contract symbols of the given stages (all stages by default), in course order."""
-    from vitlab.checks import STAGES
+    from vitlab.checks import STAGES, stage_names
 
-    names = list(STAGES) if stages is None else list(stages)
-    unknown = [name for name in names if name not in STAGES]
-    if unknown:
-        raise ValueError(f"Unknown stage(s) {unknown}: the stages are {list(STAGES)}.")
+    names = stage_names(stages)
     return list(dict.fromkeys(symbol for name in names for symbol in STAGES[name].symbols))
 
 

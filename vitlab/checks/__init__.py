@@ -7,7 +7,7 @@ notebook checkpoints; the grader runs the probe in an isolated child process ins
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 
@@ -21,6 +21,15 @@ STAGES: dict[str, Stage] = {
 }
 
 _fork_rng = torch.random.fork_rng
+
+
+def stage_names(stages: Iterable[str] | None = None) -> list[str]:
+    """`stages` as a list, every name checked against STAGES (default: all, in course order)."""
+    names = list(STAGES) if stages is None else list(stages)
+    unknown = [name for name in names if name not in STAGES]
+    if unknown:
+        raise ValueError(f"Unknown stage(s) {unknown}: the stages are {list(STAGES)}.")
+    return names
 
 
 def run_in_process(stage_name: str, symbols: Mapping[str, Any], seed: int = 0) -> StageResult:
@@ -44,5 +53,5 @@ def run_in_process(stage_name: str, symbols: Mapping[str, Any], seed: int = 0) -
 
 from vitlab.checks.notebook import assert_stage, check  # noqa: E402  (uses run_in_process)
 
-__all__ = ["STAGES", "Stage", "StageResult", "CheckResult", "run_in_process", "evaluate_stage",
+__all__ = ["STAGES", "stage_names", "Stage", "StageResult", "CheckResult", "run_in_process", "evaluate_stage",
            "check", "assert_stage"]

@@ -127,7 +127,7 @@ def nbgrader_is_higher(nbgrader: tuple[float, float], points: float, max_points:
 # --- grading -----------------------------------------------------------------------------------
 
 def _grade_one(entry: Entry, args: argparse.Namespace, hidden: list[Path]):
-    from vitlab.checks import STAGES
+    from vitlab.checks import STAGES, stage_names
     from vitlab.checks.base import error_result
     from vitlab.grading.runner import DEFAULT_MEMORY_MB, grade_submission
     from vitlab.grading.verdict import Verdict
@@ -137,7 +137,7 @@ def _grade_one(entry: Entry, args: argparse.Namespace, hidden: list[Path]):
         return grade_submission(entry.path, args.stages, args.seed, timeout=args.timeout,
                                 memory_mb=args.memory_mb or DEFAULT_MEMORY_MB, hidden=hidden)
     except (OSError, SubmissionError, ValueError) as error:
-        names = args.stages or list(STAGES)
+        names = stage_names(args.stages or None)
         return Verdict(str(entry.path), {name: error_result(STAGES[name], str(error))
                                          for name in names}, [str(error)])
 
@@ -153,14 +153,13 @@ def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Non
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from vitlab.checks import STAGES
+    from vitlab.checks import stage_names
     from vitlab.grading.runner import kill_all_children
 
-    stages = args.stages or list(STAGES)
-    unknown = [name for name in stages if name not in STAGES]
-    if unknown:
-        print(f"vitlab grade: unknown stage(s) {unknown}; the stages are {list(STAGES)}",
-              file=sys.stderr)
+    try:
+        stages = stage_names(args.stages or None)
+    except ValueError as error:
+        print(f"vitlab grade: {error}", file=sys.stderr)
         return 2
     try:
         entries = expand_submissions(args.submissions)
@@ -169,6 +168,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.nbgrader_db is not None and not args.nbgrader_db.is_file():
         print(f"vitlab grade: {args.nbgrader_db}: no such gradebook file", file=sys.stderr)
+        return 2
+    if args.out.suffix.lower() != ".csv":
+        print(f"vitlab grade: --out {args.out}: name the CSV file to write, e.g. grades.csv (the JSON "
+              f"verdicts then go to the folder grades/)", file=sys.stderr)
         return 2
     json_dir = args.out.with_suffix("")
     hidden = [p.resolve() for p in args.submissions] + [args.out.resolve(), json_dir.resolve()]

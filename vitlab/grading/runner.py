@@ -225,12 +225,9 @@ def grade_submission(path: str | Path, stages: Iterable[str] | None = None,
     beyond torch's own; `hidden`: more paths the child must not read (other submissions, the
     output folder, a gradebook).
     """
-    from vitlab.checks import STAGES
+    from vitlab.checks import STAGES, stage_names
 
-    names = list(STAGES) if stages is None else list(stages)
-    unknown = [name for name in names if name not in STAGES]
-    if unknown:
-        raise ValueError(f"Unknown stage(s) {unknown}: the stages are {list(STAGES)}.")
+    names = stage_names(stages)
     original = Path(path)
     source = original.resolve()
     cells, unreadable = read_submission(source)
